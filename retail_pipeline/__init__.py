@@ -1,0 +1,1 @@
+"""Recommendations for an online retailer from its purchase history, as a Dagster code location."""
