@@ -1,0 +1,1 @@
+"""Dagster assets, grouped as the UI shows them: ingest, graph, model, serving."""
