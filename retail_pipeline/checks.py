@@ -4,9 +4,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from retail_pipeline.assets.ingest import cleaned_interactions
-from retail_pipeline.assets.serving import campaign_audiences, homepage_recommendations
+from retail_pipeline.assets.ingest import cleaned_interactions, item_catalog
+from retail_pipeline.assets.serving import (
+    campaign_audiences,
+    campaign_items,
+    homepage_recommendations,
+)
 from retail_pipeline.assets.serving import similar_items as similar_items_asset
+from retail_pipeline.resources import PipelineSettings
 
 INTERACTION_SCHEMA = {
     "customer_id": "string",
@@ -132,7 +137,32 @@ def audience_sizes_as_configured(
     )
 
 
+@dg.asset_check(
+    asset=item_catalog,
+    blocking=True,
+    description="The campaign items in RETAIL_CAMPAIGN_ITEMS are in the catalogue, so a typo "
+    "stops the run before training rather than after it.",
+)
+def campaign_items_in_catalogue(
+    settings: PipelineSettings, item_catalog: pd.DataFrame
+) -> dg.AssetCheckResult:
+    """Every configured campaign stock code is a product in the catalogue."""
+    known = set(item_catalog["item_id"])
+    missing = [item for item in settings.campaign_item_ids() if item not in known]
+    return dg.AssetCheckResult(
+        passed=not missing,
+        metadata={
+            "campaign_items": campaign_items(settings, item_catalog) if not missing else [],
+            "missing": missing,
+            "message": f"campaign items {missing} are not in the item catalogue"
+            if missing
+            else "all campaign items found",
+        },
+    )
+
+
 ALL_CHECKS = [
+    campaign_items_in_catalogue,
     cleaned_interactions_schema,
     cleaned_interactions_values,
     shelves_exclude_bought_items,

@@ -36,6 +36,12 @@ def _isolated_state(tmp_path_factory):
     os.environ["RETAIL_WAREHOUSE"] = str(root / "warehouse.duckdb")
     os.environ["RETAIL_ASSET_STORAGE"] = str(root / "asset_storage")
     os.environ["RETAIL_CACHE_DIR"] = str(root / "cache")
+    # Nothing in a test may reach for the network: no telemetry, and no default source that
+    # is the public UCI address.
+    os.environ["RETAIL_DATA_SOURCE"] = str(SHARED_WORKBOOK)
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["DO_NOT_TRACK"] = "true"
+    (root / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     yield root
     for key, value in saved.items():
         if value is None:
@@ -51,6 +57,9 @@ _STATE_VARIABLES = (
     "RETAIL_WAREHOUSE",
     "RETAIL_ASSET_STORAGE",
     "RETAIL_CACHE_DIR",
+    "RETAIL_DATA_SOURCE",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "DO_NOT_TRACK",
 )
 
 

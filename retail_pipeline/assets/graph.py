@@ -9,32 +9,22 @@ from retail_pipeline.core.graph import (
     build_interaction_graph,
     normalized_adjacency,
 )
-from retail_pipeline.resources import Warehouse
 
 
 @dg.asset(
     group_name="graph",
     kinds={"numpy", "duckdb"},
     owners=OWNERS,
-    description="Dense integer ids for customers and items (also written to the warehouse as "
-    "customer_index and item_index) and the bipartite purchase graph as sorted edge arrays.",
+    description="Dense integer ids for customers and items and the bipartite purchase graph as "
+    "sorted edge arrays. The id maps are persisted with the graph and written to the warehouse "
+    "as customer_index and item_index together with the shelves that use them.",
 )
 def interaction_graph(
-    context: dg.AssetExecutionContext, warehouse: Warehouse, cleaned_interactions: pd.DataFrame
+    context: dg.AssetExecutionContext, cleaned_interactions: pd.DataFrame
 ) -> dg.Output[InteractionGraph]:
-    """Build the graph and persist its id maps."""
+    """Build the graph; its id maps travel with it."""
     graph = build_interaction_graph(cleaned_interactions)
     adjacency = normalized_adjacency(graph)
-    warehouse.replace_tables(
-        {
-            "customer_index": pd.DataFrame(
-                {"position": range(graph.n_users), "customer_id": graph.customer_ids.astype(str)}
-            ),
-            "item_index": pd.DataFrame(
-                {"position": range(graph.n_items), "item_id": graph.item_ids.astype(str)}
-            ),
-        }
-    )
     density = graph.n_edges / max(graph.n_users * graph.n_items, 1)
     context.log.info(
         f"graph: {graph.n_users:,} customers, {graph.n_items:,} items, {graph.n_edges:,} edges"
@@ -49,3 +39,15 @@ def interaction_graph(
             "density": dg.MetadataValue.float(round(density, 5)),
         },
     )
+
+
+def id_map_tables(graph: InteractionGraph) -> dict[str, pd.DataFrame]:
+    """The customer and item id maps as warehouse tables (position -> retailer's id)."""
+    return {
+        "customer_index": pd.DataFrame(
+            {"position": range(graph.n_users), "customer_id": graph.customer_ids.astype(str)}
+        ),
+        "item_index": pd.DataFrame(
+            {"position": range(graph.n_items), "item_id": graph.item_ids.astype(str)}
+        ),
+    }

@@ -1,6 +1,7 @@
 """Model: honest evaluation on a temporal split, LightGCN training, and the served model."""
 
 import dataclasses
+import datetime
 import json
 import tempfile
 import time
@@ -29,6 +30,35 @@ from retail_pipeline.core.recommender import ServedRecommender
 from retail_pipeline.resources import MLflowTracking
 
 _LIGHTGCN_FIELDS = {field.name for field in dataclasses.fields(LightGCNConfig)}
+
+
+STALE_AFTER = datetime.timedelta(hours=6)
+
+
+def _run_is_active(context: dg.AssetExecutionContext):
+    """A predicate: is this Dagster run id still queued or in progress on the instance?
+
+    A run killed from outside (SIGKILL of a CLI materialisation) stays STARTED in Dagster's
+    storage; one whose record has not changed for STALE_AFTER is taken as dead.
+    """
+    finished = {
+        dg.DagsterRunStatus.SUCCESS,
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    }
+
+    def is_active(run_id: str) -> bool:
+        if run_id == context.run.run_id:
+            return True
+        record = context.instance.get_run_record_by_id(run_id)
+        if record is None or record.dagster_run.status in finished:
+            return False
+        updated = record.update_timestamp
+        if updated.tzinfo is None:
+            updated = updated.replace(tzinfo=datetime.UTC)
+        return datetime.datetime.now(datetime.UTC) - updated < STALE_AFTER
+
+    return is_active
 
 
 def _metric_name(prefix: str, key: str) -> str:
@@ -80,6 +110,7 @@ def model_evaluation(
     import mlflow
 
     experiment_id = mlflow_tracking.connect()
+    mlflow_tracking.close_stale_runs(experiment_id, _run_is_active(context))
     client = mlflow_tracking.client()
     fingerprint = frame_fingerprint(cleaned_interactions, ["customer_id", "item_id"])
     split = temporal_split(
@@ -216,7 +247,9 @@ def lightgcn_embeddings(
     trainer_config = LightGCNConfig(**{k: v for k, v in evaluated.items() if k in _LIGHTGCN_FIELDS})
     epochs = config.epochs or model_evaluation.lightgcn_best_epoch
     fingerprint = _graph_fingerprint(interaction_graph)
-    mlflow_tracking.connect()  # fails here, before training, when the store is unreachable
+    # Fails here, before training, when the store is unreachable.
+    experiment_id = mlflow_tracking.connect()
+    mlflow_tracking.close_stale_runs(experiment_id, _run_is_active(context))
     tags = {
         "dagster_run_id": context.run.run_id,
         "data_fingerprint": fingerprint,

@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from retail_pipeline.assets._metadata import OWNERS, image, table_metadata
+from retail_pipeline.assets.graph import id_map_tables
 from retail_pipeline.core.graph import InteractionGraph
 from retail_pipeline.core.lightgcn import LightGCNModel
 from retail_pipeline.core.ranking import rank_audience
@@ -21,7 +22,18 @@ from retail_pipeline.core.segments import (
     segment_top_items,
 )
 from retail_pipeline.paths import dagster_home
-from retail_pipeline.resources import MLflowTracking, Warehouse
+from retail_pipeline.resources import MLflowTracking, PipelineSettings, Warehouse
+
+
+def _check_embeddings_match(graph: InteractionGraph, model: LightGCNModel) -> None:
+    """Refuse embeddings trained on another graph (e.g. after a run killed mid-training)."""
+    users, items = np.shape(model.user_embeddings)[0], np.shape(model.item_embeddings)[0]
+    if (users, items) != (graph.n_users, graph.n_items):
+        raise dg.Failure(
+            f"lightgcn_embeddings has {users:,} customers x {items:,} items but "
+            f"interaction_graph has {graph.n_users:,} x {graph.n_items:,}: they come from "
+            "different runs; materialise lightgcn_embeddings (and its upstream) again"
+        )
 
 
 def _names(catalog: pd.DataFrame) -> pd.Series:
@@ -47,9 +59,10 @@ def homepage_recommendations(
     config: ShelfConfig,
     warehouse: Warehouse,
     served_model: ServedRecommender,
+    interaction_graph: InteractionGraph,
     item_catalog: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Rank every customer's shelf and replace the warehouse tables."""
+    """Rank every customer's shelf and replace the warehouse tables (with the id maps)."""
     shelves = served_model.recommend(list(served_model.customer_ids), n=config.shelf_size)
     names = _names(item_catalog)
     table = pd.DataFrame(
@@ -71,7 +84,13 @@ def homepage_recommendations(
             "score": served_model.popularity[top].astype(np.float64),
         }
     )
-    warehouse.replace_tables({"homepage_recommendations": table, "popular_items": popular})
+    warehouse.replace_tables(
+        {
+            "homepage_recommendations": table,
+            "popular_items": popular,
+            **id_map_tables(interaction_graph),
+        }
+    )
     customers = table["customer_id"].nunique()
     context.log.info(f"wrote {len(table):,} shelf rows for {customers:,} customers")
     return dg.Output(
@@ -131,16 +150,28 @@ def similar_items(
 
 
 class CampaignConfig(dg.Config):
-    """Which products have a campaign, and how much of the customer base each audience is."""
+    """How much of the customer base each campaign audience is."""
 
-    campaign_items: list[str] = Field(
-        default_factory=list,
-        description="Stock codes of the campaign products; empty uses the 2nd to 4th most "
-        "popular items.",
-    )
     quantile: float = Field(
         0.8, description="Audience = customers scoring at or above this quantile (top fifth)."
     )
+
+
+def campaign_items(settings: PipelineSettings, catalog: pd.DataFrame) -> list[str]:
+    """The campaign stock codes: RETAIL_CAMPAIGN_ITEMS, or the 2nd to 4th most popular items.
+
+    Raises:
+        dg.Failure: a configured code is not in the catalogue.
+    """
+    items = settings.campaign_item_ids() or list(catalog["item_id"].iloc[1:4])
+    known = set(catalog["item_id"])
+    missing = [item for item in items if item not in known]
+    if missing:
+        raise dg.Failure(
+            f"campaign items {missing} are not in the item catalogue ({len(known):,} items); "
+            "check the stock codes in RETAIL_CAMPAIGN_ITEMS (settings.campaign_items)"
+        )
+    return items
 
 
 @dg.asset(
@@ -154,21 +185,13 @@ class CampaignConfig(dg.Config):
 def campaign_audiences(
     context: dg.AssetExecutionContext,
     config: CampaignConfig,
+    settings: PipelineSettings,
     warehouse: Warehouse,
     served_model: ServedRecommender,
     item_catalog: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """Rank each campaign product's audience."""
-    items = [code.strip().upper() for code in config.campaign_items] or list(
-        item_catalog["item_id"].iloc[1:4]
-    )
-    known = set(item_catalog["item_id"])
-    missing = [item for item in items if item not in known]
-    if missing:
-        raise dg.Failure(
-            f"campaign items {missing} are not in the item catalogue "
-            f"({len(known):,} items); check the stock codes in CampaignConfig.campaign_items"
-        )
+    items = campaign_items(settings, item_catalog)
     columns = {item: int(np.flatnonzero(served_model.item_ids == item)[0]) for item in items}
     rows = np.arange(len(served_model.customer_ids))
     frames = []
@@ -236,6 +259,7 @@ def customer_segments(
     """Segment customers and describe each segment by its top items."""
     import mlflow
 
+    _check_embeddings_match(interaction_graph, lightgcn_embeddings)
     users = np.asarray(lightgcn_embeddings.user_embeddings)
     segments = segment_customers(users, n_segments=config.n_segments, seed=config.seed)
     top = segment_top_items(

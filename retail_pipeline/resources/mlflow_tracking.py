@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +100,35 @@ class MLflowTracking(dg.ConfigurableResource):
         return experiment_id
 
     def client(self) -> Any:
-        """An MlflowClient on the configured store (call `connect` first)."""
+        """An MlflowClient on the configured tracking and registry store."""
         import mlflow
 
-        return mlflow.MlflowClient(self.tracking_uri)
+        return mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def close_stale_runs(self, experiment_id: str, is_active: Callable[[str], bool]) -> int:
+        """Mark KILLED the runs left RUNNING by a Dagster run that is no longer in progress.
+
+        A process killed mid-training cannot end its own MLflow run; the next run tidies up so
+        the UI does not show it as running forever.
+
+        Args:
+            experiment_id: the pipeline's experiment.
+            is_active: whether a Dagster run id is still queued or in progress.
+
+        Returns:
+            How many runs were closed.
+        """
+        client = self.client()
+        closed = 0
+        for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+            dagster_run = run.data.tags.get("dagster_run_id", "")
+            if dagster_run and not is_active(dagster_run):
+                client.set_tag(run.info.run_id, "closed_by", "next pipeline run")
+                client.set_terminated(run.info.run_id, status="KILLED")
+                closed += 1
+        if closed:
+            logger.warning("marked %d MLflow run(s) of dead Dagster runs KILLED", closed)
+        return closed
 
     @contextlib.contextmanager
     def start_run(self, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:

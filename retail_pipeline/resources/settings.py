@@ -43,6 +43,11 @@ class PipelineSettings(dg.ConfigurableResource):
         default_factory=lambda: _env("RETAIL_WAREHOUSE", str(default_warehouse_path())),
         description="RETAIL_WAREHOUSE: the DuckDB file that served tables land in.",
     )
+    campaign_items: str = Field(
+        default_factory=lambda: _env("RETAIL_CAMPAIGN_ITEMS", ""),
+        description="RETAIL_CAMPAIGN_ITEMS: comma-separated stock codes of campaign products; "
+        "empty uses the 2nd to 4th most popular items.",
+    )
     cache_dir: str = Field(
         default_factory=lambda: _env("RETAIL_CACHE_DIR", str(project_root() / ".cache")),
         description="RETAIL_CACHE_DIR: where downloaded and unzipped workbooks are kept.",
@@ -52,6 +57,10 @@ class PipelineSettings(dg.ConfigurableResource):
         """The sheets asked for, or None for every sheet."""
         names = [name.strip() for name in self.sheets.split(",") if name.strip()]
         return names or None
+
+    def campaign_item_ids(self) -> list[str]:
+        """The configured campaign stock codes, stripped and upper-cased (may be empty)."""
+        return [code.strip().upper() for code in self.campaign_items.split(",") if code.strip()]
 
     def as_of_timestamp(self) -> pd.Timestamp | None:
         """RETAIL_AS_OF as a timestamp, or None when unset.
