@@ -60,7 +60,7 @@ def decide_champion(
         current = client.get_model_version_by_alias(model_name, CHAMPION)
     except Exception:  # MLflow raises RestException when the alias is not set yet.
         current = None
-    if current is None or current.version == version:
+    if current is None or str(current.version) == str(version):
         promoted, champion_version, champion_recall = True, None, None
         reason = f"first version of {model_name}: champion by default"
     else:

@@ -152,4 +152,4 @@ def test_training_run_and_registered_champion_in_mlflow(materialised):
     assert training.data.tags["data_fingerprint"]
     assert training.data.tags["dagster_run_id"]
     champion = client.get_model_version_by_alias("integration_model", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
