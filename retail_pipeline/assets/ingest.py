@@ -15,6 +15,7 @@ from retail_pipeline.core.cleaning import (
     check_trainable,
     clean_purchase_lines,
 )
+from retail_pipeline.core.errors import RetailInputError
 from retail_pipeline.core.sources import file_sha256, read_transactions, resolve_source
 from retail_pipeline.resources import PipelineSettings
 
@@ -86,9 +87,15 @@ def cleaned_interactions(
 ) -> dg.Output[pd.DataFrame]:
     """Apply the cleaning rules and aggregate purchase lines per (customer, item)."""
     started = time.perf_counter()
-    lines, dropped = clean_purchase_lines(raw_transactions, config.rules(settings))
-    interactions = aggregate_interactions(lines)
-    check_trainable(interactions, min_customers=config.min_customers, min_items=config.min_items)
+    try:
+        lines, dropped = clean_purchase_lines(raw_transactions, config.rules(settings))
+        interactions = aggregate_interactions(lines)
+        check_trainable(
+            interactions, min_customers=config.min_customers, min_items=config.min_items
+        )
+    except RetailInputError as error:
+        # Not chained: Dagster shows the innermost error, and this one names the file.
+        raise RetailInputError(f"{settings.data_source}: {error}") from None
     seconds = time.perf_counter() - started
     customers = interactions["customer_id"].nunique()
     items = interactions["item_id"].nunique()

@@ -99,6 +99,9 @@ class EvaluationConfig(dg.Config):
     description="LightGCN against popularity, item-kNN and EASE on a temporal split: settings "
     "chosen on validation (the 90 days before the test period), test (the last 90 days) "
     "reported once. Each model is one MLflow run with the same metric names.",
+    # Downstream of the catalogue so its blocking checks (campaign items) stop a run before
+    # any training starts.
+    deps=["item_catalog"],
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,
