@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 FAST_RUN_CONFIG = {
     "ops": {
         # Few epochs keep the test in minutes; early stopping still chooses among them.
-        "model_evaluation": {"config": {"lightgcn": {"epochs": 4}}},
+        "model_evaluation": {
+            "config": {"lightgcn": {"epochs": 4, "batch_size": 16384, "learning_rate": 0.02}}
+        },
     }
 }
 

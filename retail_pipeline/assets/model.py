@@ -17,7 +17,7 @@ from retail_pipeline.assets._metadata import OWNERS
 from retail_pipeline.core.evaluation import temporal_split
 from retail_pipeline.core.fingerprint import frame_fingerprint
 from retail_pipeline.core.graph import InteractionGraph
-from retail_pipeline.core.lightgcn import LightGCNConfig, LightGCNModel
+from retail_pipeline.core.lightgcn import RETAIL_CONFIG, LightGCNConfig, LightGCNModel
 from retail_pipeline.core.model_comparison import (
     SELECTION_METRIC,
     ModelComparison,
@@ -78,8 +78,8 @@ class EvaluationConfig(dg.Config):
     lightgcn: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of LightGCNConfig fields (factors, layers, learning_rate, l2, "
-        "batch_size, epochs = the most epochs early stopping may use, seed, loss, ...). "
-        "Empty uses the trainer's defaults.",
+        "batch_size, epochs = the most epochs early stopping may use, seed, loss, ...) on top "
+        "of RETAIL_CONFIG, the setting tuned on this retailer's validation period.",
     )
 
     def lightgcn_config(self) -> LightGCNConfig:
@@ -89,7 +89,7 @@ class EvaluationConfig(dg.Config):
             raise dg.Failure(
                 f"unknown LightGCN settings {sorted(unknown)}; known: {sorted(_LIGHTGCN_FIELDS)}"
             )
-        return LightGCNConfig(**self.lightgcn)
+        return dataclasses.replace(RETAIL_CONFIG, **self.lightgcn)
 
 
 @dg.asset(

@@ -57,6 +57,7 @@ class ShelfConfig(dg.Config):
 def homepage_recommendations(
     context: dg.AssetExecutionContext,
     config: ShelfConfig,
+    settings: PipelineSettings,
     warehouse: Warehouse,
     served_model: ServedRecommender,
     interaction_graph: InteractionGraph,
@@ -84,10 +85,20 @@ def homepage_recommendations(
             "score": served_model.popularity[top].astype(np.float64),
         }
     )
+    shelf_run = pd.DataFrame(
+        {
+            "dagster_run_id": [context.run.run_id],
+            "model": [served_model.model_name],
+            "data_source": [settings.data_source],
+            "as_of": [settings.as_of or ""],
+            "written_at": [pd.Timestamp.now(tz="UTC").isoformat()],
+        }
+    )
     warehouse.replace_tables(
         {
             "homepage_recommendations": table,
             "popular_items": popular,
+            "shelf_run": shelf_run,
             **id_map_tables(interaction_graph),
         }
     )
