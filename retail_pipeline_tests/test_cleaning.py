@@ -319,3 +319,13 @@ def test_too_few_customers_or_items_to_train_says_how_many(
     assert "3 item(s), fewer than the minimum of 4" in str(caught.value)
 
     check_trainable(interactions, min_customers=3, min_items=3)
+
+
+def test_catalogue_names_collapse_runs_of_spaces(purchase_lines: pd.DataFrame) -> None:
+    lines = purchase_lines.copy()
+    spaced = lines["stock_code"] == "21232"
+    lines["description"] = lines["description"].astype("str")
+    lines.loc[spaced, "description"] = "STRAWBERRY  CERAMIC   TRINKET BOX "
+    catalog = build_item_catalog(lines)
+    name = catalog.loc[catalog["item_id"] == "21232", "product_name"].item()
+    assert name == "STRAWBERRY CERAMIC TRINKET BOX"

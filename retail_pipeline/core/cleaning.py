@@ -280,7 +280,13 @@ def build_item_catalog(lines: pd.DataFrame) -> pd.DataFrame:
     )
     item_id = lines["stock_code"].astype("str")
     described = (
-        pd.DataFrame({"item_id": item_id, "product_name": lines["description"].astype("str")})
+        pd.DataFrame(
+            {
+                "item_id": item_id,
+                # "PINK  BUTTERFLY" and "PINK BUTTERFLY" are one name, shown with one space.
+                "product_name": lines["description"].astype("str").str.split().str.join(" "),
+            }
+        )
         .dropna()
         .value_counts()
         .rename("lines")
