@@ -5,6 +5,11 @@ them K times over the normalised bipartite graph, and scores a pair by the dot p
 mean of layers 0..K. LightGCN++ (Lee, Kim and Shin, RecSys 2024) changes three things, each a
 field of `LightGCNConfig` here: the degree exponents of the normalisation (alpha, beta), unit
 norm for every layer before it is propagated, and a weight gamma for layer 0 in the pooling.
+As in the authors' code (geon0325/LightGCNpp, code/model.py): e_{k+1} = A_{alpha,beta}
+(e_k / |e_k|) for k = 0..K-1, layer 0 is normalised too before the first product but enters
+the pooling as learned, and final = gamma * e_0 + (1 - gamma) * mean(e_1..e_K). Their
+epsilon (|e| + 1e-12) is replaced here by a floor on the squared norm, the same for any row
+that is not zero.
 
 The numerics are pure functions, each with the shapes it takes:
 `normalize_rows`, `propagate` (with a custom VJP: the gradient of A x is A^T g, one more sparse
@@ -16,11 +21,12 @@ keeps the loop, the validation and the early stopping in Python.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import jax
@@ -45,13 +51,13 @@ class LightGCNConfig:
 
     The defaults are the reference implementation's (LightGCN-PyTorch, also used by the
     LightGCN++ authors) except `layers`, which the LightGCN paper sets to 3. They reproduce
-    the published numbers but are slow to converge; `RETAIL_CONFIG` below is the setting
-    tuned on the retailer's validation period.
+    the published numbers but converge slowly; `RETAIL_CONFIG` below is the setting tuned on
+    the retailer's validation period (benchmarks/README.md has the measurements).
 
-    WARNING: learning_rate=1e-3 with batch_size=2048 moves very little per epoch on a graph
-    of a few hundred thousand purchases: 30 epochs leave LightGCN far from converged (recall
-    near popularity's). Train for hundreds of epochs with early stopping, or raise the batch
-    size and the learning rate together as `RETAIL_CONFIG` does.
+    WARNING: learning_rate=1e-3 with batch_size=2048 and BPR moves very little per epoch: on
+    the retail graph 3 epochs (about 10 s) score popularity's recall@20, and on LastFM the
+    best validation epoch is near 300. With the default epochs=30 the model is far from
+    converged. Train with early stopping for hundreds of epochs, or use `RETAIL_CONFIG`.
 
     Attributes:
         factors: embedding dimension d.
@@ -72,13 +78,19 @@ class LightGCNConfig:
             similarity divided by `temperature`, the contrastive loss of SimpleX, Mao et al.,
             CIKM 2021). With "softmax" the model's embeddings are unit-normalised, so that
             the dot product used for serving ranks as the training did.
-        num_negatives: negatives per batch for loss="softmax", shared by the batch's pairs;
-            any that is a known purchase of a pair's customer is masked out of that pair.
-        temperature: softmax temperature for loss="softmax"; smaller is sharper.
+        num_negatives: negatives per batch for loss="softmax", drawn uniformly and shared by
+            the batch's pairs; any that is a known purchase of a pair's customer is masked
+            out of that pair's softmax. WARNING: the default 256 is cheap but weak; on the
+            retail graph (factors 128) validation recall@20 was 0.086 with 256 negatives
+            (batch 16384), 0.089 with 1024 and 0.090 with 2048 (batch 8192). A step costs
+            batch_size x num_negatives logits.
+        temperature: softmax temperature for loss="softmax"; smaller is sharper (0.1 was
+            best on retail, 0.05 and 0.2 clearly worse).
         cosine: loss="softmax" on cosine similarity (True, SimpleX) or on the dot product.
         alpha: exponent of the receiving node's degree in the normalisation.
         beta: exponent of the sending node's degree; alpha = beta = 0.5 is LightGCN,
-            LightGCN++ recommends alpha = 0.6, beta = -0.1.
+            LightGCN++ recommends alpha = 0.6, beta = -0.1 (with BPR on LastFM; with the
+            softmax loss on retail it cut recall@20 from 0.079 to 0.051).
         gamma: LightGCN++'s weight of layer 0 in the pooling, final = gamma * e0 +
             (1 - gamma) * mean(e1..eK); None is LightGCN's plain mean of layers 0..K.
         normalize_layers: LightGCN++'s unit-norm step: scale every layer's rows to norm 1
@@ -161,7 +173,7 @@ RETAIL_CONFIG = LightGCNConfig(
 
 Chosen for recall per second of training on two cores: validation recall@20 0.0855 after
 16 epochs (about 35 s); 8192-pair batches with 1,024-4,096 negatives reach 0.088-0.093 but
-train two to four times longer, and EASE (0.098) still wins on this data either way.
+train two to four times longer, and EASE (0.097) still wins on this data either way.
 """
 
 
@@ -630,6 +642,40 @@ def _epoch_program(
     return jax.jit(epoch, donate_argnums=(0, 1))
 
 
+def _numerics(config: LightGCNConfig) -> LightGCNConfig:
+    """The config with the fields that do not change the compiled programs set to constants."""
+    cosine_horizon = config.lr_schedule == "cosine" and config.schedule_epochs is None
+    return replace(
+        config,
+        seed=0,
+        eval_every=1,
+        patience=1,
+        epochs=config.epochs if cosine_horizon else 1,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(
+    config: LightGCNConfig, n_users: int, n_items: int, batch_size: int, steps: int
+) -> tuple[optax.GradientTransformation, Callable, Callable]:
+    """The optimiser, the compiled epoch and the compiled serving embedding, cached.
+
+    Runs that differ only in seed, epoch count or validation settings (the tests, a refit
+    for the early-stopped epoch count on a graph of the same size) reuse the compilation.
+
+    Returns:
+        (optimizer, epoch(e0, opt_state, key, pairs), embed(e0, matrix) -> (n_nodes, d)).
+    """
+    optimizer = optax.adam(_learning_rate(config, steps))
+    run_epoch = _epoch_program(config, optimizer, n_users, n_items, batch_size, steps)
+
+    def embed(e0: jax.Array, matrix: PropagationMatrix) -> jax.Array:
+        final = final_embeddings(matrix, e0, config.layers, config.gamma, config.normalize_layers)
+        return _serving_embeddings(final, config)
+
+    return optimizer, run_epoch, jax.jit(embed)
+
+
 def _training_pairs(graph: InteractionGraph, matrix: PropagationMatrix) -> TrainingPairs:
     """The arrays of the compiled epoch; customers who bought every item are left out."""
     degree = np.bincount(graph.user_index, minlength=graph.n_users)
@@ -708,16 +754,9 @@ def train_lightgcn(
     batch_size = min(config.batch_size, n_pairs)
     steps = math.ceil(n_pairs / batch_size)
 
-    optimizer = optax.adam(_learning_rate(config, steps))
+    optimizer, run_epoch, embed = _programs(_numerics(config), n_users, n_items, batch_size, steps)
     e0 = _initial_embeddings(graph, config)
     opt_state = optimizer.init(e0)
-    run_epoch = _epoch_program(config, optimizer, n_users, n_items, batch_size, steps)
-    embed = jax.jit(
-        lambda e0, matrix: _serving_embeddings(
-            final_embeddings(matrix, e0, config.layers, config.gamma, config.normalize_layers),
-            config,
-        )
-    )
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     logger.debug(
         "lightgcn: %d pairs, %d steps of %d per epoch, config %s",
