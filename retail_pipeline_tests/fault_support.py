@@ -232,14 +232,29 @@ def warehouse_tables(path: Path) -> dict[str, pd.DataFrame]:
         return {name: connection.execute(f'SELECT * FROM "{name}"').df() for name in names}
 
 
+# Provenance columns that name the run and its time: they differ between any two runs.
+RUN_PROVENANCE = {"shelf_run": ["dagster_run_id", "written_at"]}
+
+
 def assert_same_tables(
-    actual: Mapping[str, pd.DataFrame], expected: Mapping[str, pd.DataFrame]
+    actual: Mapping[str, pd.DataFrame],
+    expected: Mapping[str, pd.DataFrame],
+    *,
+    ignore_provenance: bool = False,
 ) -> None:
-    """The same tables, each equal cell for cell and in the same order."""
+    """The same tables, each equal cell for cell and in the same order.
+
+    With ``ignore_provenance`` (comparing two runs rather than one run's tables before and
+    after a fault), the columns that record which run wrote a table are left out.
+    """
     assert sorted(actual) == sorted(expected)
     for name, frame in expected.items():
+        left, right = actual[name], frame
+        if ignore_provenance and name in RUN_PROVENANCE:
+            left = left.drop(columns=RUN_PROVENANCE[name])
+            right = right.drop(columns=RUN_PROVENANCE[name])
         try:
-            pd.testing.assert_frame_equal(actual[name], frame, check_exact=True)
+            pd.testing.assert_frame_equal(left, right, check_exact=True)
         except AssertionError as error:
             raise AssertionError(f"warehouse table {name} changed: {error}") from None
 
