@@ -19,7 +19,7 @@ def _recommend(args: argparse.Namespace) -> int:
     warehouse = Path(args.warehouse or PipelineSettings().warehouse_path)
     shelf = homepage_shelf(warehouse, args.customer, args.n)
     header = (
-        f"customer {shelf.customer_id}: personalised shelf"
+        f"customer {shelf.customer_id}: personalised shelf (model: {shelf.model})"
         if shelf.known_customer
         else f"customer {shelf.customer_id} is not in the model: popularity fallback shelf"
     )
@@ -78,8 +78,16 @@ def _backtest(args: argparse.Namespace) -> int:
             f"the shelves in {warehouse} were built as of {served_as_of}, not {args.as_of}"
         )
     as_of = pd.Timestamp(served_as_of)
+    # The workbook the shelves were built from, as recorded with them.
+    source = str(run["data_source"].iloc[0])
+    if source != settings.data_source:
+        logger.warning(
+            "backtesting on %s, the source the shelves were built from (RETAIL_DATA_SOURCE is %s)",
+            source,
+            settings.data_source,
+        )
     raw, _ = read_transactions(
-        resolve_source(settings.data_source, settings.cache_path()), settings.sheet_names()
+        resolve_source(source, settings.cache_path()), settings.sheet_names()
     )
     history = aggregate_interactions(clean_purchase_lines(raw, CleaningRules(as_of=as_of))[0])
     everything = aggregate_interactions(clean_purchase_lines(raw, CleaningRules())[0])
@@ -107,6 +115,13 @@ PUBLISHED_PROTOCOL = {
 }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="retail-pipeline", description=__doc__)
@@ -115,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="print a customer's homepage shelf")
     recommend.add_argument("--customer", required=True, help="customer id, e.g. 12748")
-    recommend.add_argument("--n", type=int, default=20, help="items to show (default 20)")
+    recommend.add_argument(
+        "--n", type=_positive_int, default=20, help="items to show (default 20, at most 20)"
+    )
     recommend.add_argument("--warehouse", help="DuckDB file (default RETAIL_WAREHOUSE)")
     recommend.set_defaults(handler=_recommend)
 
@@ -156,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
+        # RetailInputError is a ValueError: bad input gets its message, not a traceback.
         logger.error("%s", error)
         return 2
 

@@ -24,12 +24,14 @@ class ShelfLookup:
         known_customer: False when the model has never seen the customer.
         source: "personalised", or "popularity_fallback" for an unknown customer.
         items: rank, item_id, product_name, score.
+        model: the served model that built the shelves (e.g. "ease", "lightgcn").
     """
 
     customer_id: str
     known_customer: bool
     source: str
     items: pd.DataFrame
+    model: str = ""
 
 
 def homepage_shelf(warehouse: Path, customer_id: object, n: int = 20) -> ShelfLookup:
@@ -49,11 +51,13 @@ def homepage_shelf(warehouse: Path, customer_id: object, n: int = 20) -> ShelfLo
         "WHERE customer_id = ? ORDER BY rank LIMIT ?",
         [customer, n],
     )
+    run = read_query(warehouse, "SELECT model FROM shelf_run")
+    model = str(run["model"].iloc[0]) if len(run) else ""
     if not items.empty:
-        return ShelfLookup(customer, True, PERSONALISED, items)
+        return ShelfLookup(customer, True, PERSONALISED, items, model)
     popular = read_query(
         warehouse,
         "SELECT rank, item_id, product_name, score FROM popular_items ORDER BY rank LIMIT ?",
         [n],
     )
-    return ShelfLookup(customer, False, POPULARITY_FALLBACK, popular)
+    return ShelfLookup(customer, False, POPULARITY_FALLBACK, popular, model)

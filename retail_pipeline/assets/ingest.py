@@ -51,6 +51,7 @@ def raw_transactions(
 ) -> dg.Output[pd.DataFrame]:
     """Read the workbook (every sheet, or RETAIL_SHEETS) into the canonical raw frame."""
     started = time.perf_counter()
+    settings.as_of_timestamp()  # a bad RETAIL_AS_OF fails here, before the workbook is read
     path = resolve_source(settings.data_source, settings.cache_path())
     frame, rows_per_sheet = read_transactions(path, settings.sheet_names())
     seconds = time.perf_counter() - started

@@ -194,12 +194,12 @@ def model_evaluation(
             "ease_l2": dg.MetadataValue.float(comparison.ease_l2),
             "split": dg.MetadataValue.json(comparison.split),
             "models": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
-            "mlflow_runs": dg.MetadataValue.json(
-                {
-                    name: mlflow_tracking.run_link(experiment_id, rid)
-                    for name, rid in run_ids.items()
-                }
-            ),
+            **{
+                f"mlflow_run_{name}": dg.MetadataValue.url(
+                    mlflow_tracking.run_link(experiment_id, rid)
+                )
+                for name, rid in run_ids.items()
+            },
             "data_fingerprint": dg.MetadataValue.text(fingerprint),
             "seconds": dg.MetadataValue.float(round(seconds, 1)),
             "mlflow_tracking_uri": dg.MetadataValue.text(mlflow.get_tracking_uri()),

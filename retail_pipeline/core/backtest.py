@@ -107,9 +107,7 @@ def backtest_shelves(
     cut = history["first_purchase"].max() - pd.Timedelta(days=90)
     inner_graph = build_interaction_graph(history[history["first_purchase"] < cut])
     inner_validation = history[history["first_purchase"] >= cut]
-    l2, _ = select_ease_l2(
-        inner_graph.to_csr(), pairs_matrix(inner_validation, inner_graph), k=k
-    )
+    l2, _ = select_ease_l2(inner_graph.to_csr(), pairs_matrix(inner_validation, inner_graph), k=k)
     customers = future["customer_id"].unique()
     user_rows = graph.customer_rows(customers)
     for name in BASELINES:
