@@ -35,7 +35,7 @@ from retail_pipeline.core.cleaning import (
 )
 from retail_pipeline.core.evaluation import evaluate_scorer, temporal_split
 from retail_pipeline.core.graph import build_interaction_graph, normalized_adjacency
-from retail_pipeline.core.lightgcn import LightGCNConfig, train_lightgcn
+from retail_pipeline.core.lightgcn import RETAIL_CONFIG, train_lightgcn
 from retail_pipeline.core.model_comparison import pairs_matrix
 from retail_pipeline.core.ranking import dot_scorer
 from retail_pipeline.core.sources import read_transactions
@@ -148,7 +148,7 @@ def main() -> None:
         logger.info("%s: %.1f s, recall@20 %.4f", name, seconds, metrics["recall@20"])
 
     # Ours: epochs chosen on validation, then refitted on train + validation for test.
-    config = replace(LightGCNConfig(), epochs=args.max_epochs)
+    config = replace(RETAIL_CONFIG, epochs=args.max_epochs)
     curve: list[tuple[float, float]] = []
     elapsed = [0.0]
 
