@@ -117,6 +117,16 @@ class Popularity:
         return np.repeat(self.item_popularity[None, :], rows.size, axis=0)
 
 
+def _score_with_item_weights(
+    purchases: sp.csr_matrix | None, weights: np.ndarray | None, user_rows: np.ndarray, model: str
+) -> np.ndarray:
+    """X_u @ W for item-to-item models: (n, n_items) float32 scores of the given user rows."""
+    if weights is None or purchases is None:
+        raise RuntimeError(f"{model}.score called before fit; call fit(X) first")
+    rows = _user_rows(user_rows, purchases.shape[0], model)
+    return np.asarray(purchases[rows] @ weights, dtype=np.float32)
+
+
 class ItemKNN:
     """Score items by summed cosine similarity to the items a customer has bought.
 
@@ -192,10 +202,7 @@ class ItemKNN:
         Returns:
             float32 array (n, n_items).
         """
-        if self.similarity is None or self._X is None:
-            raise RuntimeError("ItemKNN.score called before fit; call fit(X) first")
-        rows = _user_rows(user_rows, self._X.shape[0], "ItemKNN")
-        return np.asarray(self._X[rows] @ self.similarity, dtype=np.float32)
+        return _score_with_item_weights(self._X, self.similarity, user_rows, "ItemKNN")
 
 
 def _mirror_lower_triangle(matrix: np.ndarray, band: int = 512) -> None:
@@ -315,10 +322,7 @@ class EASE:
         Returns:
             float32 array (n, n_items).
         """
-        if self.weights is None or self._X is None:
-            raise RuntimeError("EASE.score called before fit; call fit(X) first")
-        rows = _user_rows(user_rows, self._X.shape[0], "EASE")
-        return np.asarray(self._X[rows] @ self.weights, dtype=np.float32)
+        return _score_with_item_weights(self._X, self.weights, user_rows, "EASE")
 
 
 def select_ease_l2(

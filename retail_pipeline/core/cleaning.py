@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from retail_pipeline.core.errors import RetailInputError
+from retail_pipeline.core.sources import RAW_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +74,8 @@ RULES = (
 )
 """The cleaning rules in the order ``clean_purchase_lines`` applies them."""
 
-_LINE_COLUMNS = (
-    "invoice",
-    "stock_code",
-    "description",
-    "quantity",
-    "invoice_date",
-    "price",
-    "customer_id",
-    "country",
-    "sheet",
-)
+# Purchase lines keep the raw frame's columns (sources.RAW_COLUMNS).
+_LINE_COLUMNS = RAW_COLUMNS
 
 INTERACTION_COLUMNS = (
     "customer_id",
