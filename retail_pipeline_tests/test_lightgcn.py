@@ -152,6 +152,7 @@ def test_same_seed_gives_identical_embeddings_and_another_seed_different_ones():
     [
         {"loss": "bpr"},
         {"loss": "softmax", "num_negatives": 8, "temperature": 0.2},
+        {"loss": "full_softmax", "temperature": 0.2},
         {"alpha": 0.6, "beta": -0.1, "gamma": 0.2, "normalize_layers": True, "sampling": "user"},
     ],
 )
@@ -206,9 +207,38 @@ def test_validate_without_the_selection_metric_is_an_error():
         train_lightgcn(graph, config, validate=lambda users, items: {"recall@20": 0.0})
 
 
-def test_softmax_embeddings_are_unit_rows_for_cosine_serving():
+def test_full_softmax_loss_is_each_purchase_against_the_items_never_bought():
+    rng = np.random.default_rng(3)
+    n_users, n_items, d = 3, 5, 4
+    final = rng.normal(size=(n_users + n_items, d)).astype(np.float32)
+    e0 = rng.normal(size=(n_users + n_items, d)).astype(np.float32)
+    known = np.array(
+        [[1, 0, 1, 0, 0], [0, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=bool
+    )  # customer 2 has one item left to be a negative
+    users = np.array([0, 1, 2])
+    got = lightgcn.full_softmax_loss(
+        jnp.asarray(final),
+        jnp.asarray(e0),
+        jnp.asarray(users),
+        jnp.asarray(known),
+        n_users,
+        l2=0.0,
+        temperature=0.5,
+    )
+    unit = final / np.linalg.norm(final, axis=1, keepdims=True)
+    logits = unit[:n_users] @ unit[n_users:].T / 0.5
+    losses = []
+    for u in range(n_users):
+        for i in np.flatnonzero(known[u]):
+            pool = np.concatenate([[logits[u, i]], logits[u, ~known[u]]])
+            losses.append(np.log(np.exp(pool).sum()) - logits[u, i])
+    np.testing.assert_allclose(float(got), np.mean(losses), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "full_softmax"])
+def test_softmax_embeddings_are_unit_rows_for_cosine_serving(loss):
     graph = _planted_graph()
-    config = LightGCNConfig(factors=8, layers=2, epochs=2, batch_size=16, loss="softmax")
+    config = LightGCNConfig(factors=8, layers=2, epochs=2, batch_size=16, loss=loss)
     model = train_lightgcn(graph, config)
     np.testing.assert_allclose(np.linalg.norm(model.item_embeddings, axis=1), 1.0, rtol=1e-5)
 

@@ -14,9 +14,9 @@ that is not zero.
 The numerics are pure functions, each with the shapes it takes:
 `normalize_rows`, `propagate` (with a custom VJP: the gradient of A x is A^T g, one more sparse
 product instead of autodiff's scatter), `layer_stack`, `pool_layers`, `final_embeddings`,
-`pair_scores`, `bpr_loss`, `softmax_loss`, `sample_negatives`. `train_lightgcn` composes them
-into one compiled epoch (a `lax.scan` over fixed-size batches, negatives sampled inside) and
-keeps the loop, the validation and the early stopping in Python.
+`pair_scores`, `bpr_loss`, `softmax_loss`, `full_softmax_loss`, `sample_negatives`.
+`train_lightgcn` composes them into one compiled epoch (a `lax.scan` over fixed-size batches,
+negatives sampled inside) and keeps the loop, the validation and the early stopping in Python.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ class LightGCNConfig:
         l2: weight of the L2 penalty on the batch's layer-0 rows, l2 * 0.5 * (sum of squared
             norms of the customer, positive and negative rows) / batch size, as in the
             reference implementation (not weight decay on the whole table).
-        batch_size: positive pairs per optimiser step; each step propagates the whole graph,
-            so an epoch costs ceil(pairs / batch_size) propagations forward and backward.
+        batch_size: positive pairs per optimiser step (customers per step for
+            loss="full_softmax"); each step propagates the whole graph, so an epoch costs
+            ceil(pairs / batch_size) (ceil(customers / batch_size)) propagations forward and
+            backward.
         epochs: passes over the training pairs; with `validate`, the most that early
             stopping may use.
         seed: seeds the initialisation and every sample; the same seed on the same machine
@@ -77,16 +79,23 @@ class LightGCNConfig:
             "softmax" (sampled softmax over `num_negatives` shared negatives on cosine
             similarity divided by `temperature`, the contrastive loss of SimpleX, Mao et al.,
             CIKM 2021). With "softmax" the model's embeddings are unit-normalised, so that
-            the dot product used for serving ranks as the training did.
+            the dot product used for serving ranks as the training did. "full_softmax" scores
+            every item for a batch of customers: each of a customer's training purchases is
+            a softmax of its logit against the logits of all items the customer never bought
+            (the other purchases are masked, as known purchases are among sampled
+            negatives), on cosine similarity / `temperature`. With 4,000 items one step costs
+            batch_size x n_items logits, but a customer's denominator is shared by all of
+            their purchases, so an epoch costs about as much as a sampled softmax epoch with
+            n_items / (mean purchases per customer) negatives.
         num_negatives: negatives per batch for loss="softmax", drawn uniformly and shared by
             the batch's pairs; any that is a known purchase of a pair's customer is masked
             out of that pair's softmax. WARNING: the default 256 is cheap but weak; on the
             retail graph (factors 128) validation recall@20 was 0.086 with 256 negatives
             (batch 16384), 0.089 with 1024 and 0.090 with 2048 (batch 8192). A step costs
             batch_size x num_negatives logits.
-        temperature: softmax temperature for loss="softmax"; smaller is sharper (0.1 was
-            best on retail, 0.05 and 0.2 clearly worse).
-        cosine: loss="softmax" on cosine similarity (True, SimpleX) or on the dot product.
+        temperature: softmax temperature for the softmax losses; smaller is sharper (0.1 was
+            best on retail with both, 0.05 and 0.2 clearly worse).
+        cosine: the softmax losses on cosine similarity (True, SimpleX) or on the dot product.
         alpha: exponent of the receiving node's degree in the normalisation.
         beta: exponent of the sending node's degree; alpha = beta = 0.5 is LightGCN,
             LightGCN++ recommends alpha = 0.6, beta = -0.1 (with BPR on LastFM; with the
@@ -116,7 +125,7 @@ class LightGCNConfig:
     epochs: int = 30
     seed: int = 42
     init_std: float = 0.1
-    loss: Literal["bpr", "softmax"] = "bpr"
+    loss: Literal["bpr", "softmax", "full_softmax"] = "bpr"
     num_negatives: int = 256
     temperature: float = 0.1
     cosine: bool = True
@@ -146,8 +155,8 @@ class LightGCNConfig:
             problems.append(f"l2={self.l2} must be >= 0")
         if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
             problems.append(f"gamma={self.gamma} must be in [0, 1] or None")
-        if self.loss not in ("bpr", "softmax"):
-            problems.append(f"loss={self.loss!r} must be 'bpr' or 'softmax'")
+        if self.loss not in ("bpr", "softmax", "full_softmax"):
+            problems.append(f"loss={self.loss!r} must be 'bpr', 'softmax' or 'full_softmax'")
         if self.sampling not in ("pair", "user"):
             problems.append(f"sampling={self.sampling!r} must be 'pair' or 'user'")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -159,21 +168,23 @@ class LightGCNConfig:
 
 
 RETAIL_CONFIG = LightGCNConfig(
-    factors=128,
-    batch_size=16384,
+    factors=256,
+    layers=2,
+    batch_size=1024,
     learning_rate=0.02,
-    loss="softmax",
-    num_negatives=256,
+    l2=0.0,
+    loss="full_softmax",
     temperature=0.1,
-    epochs=20,
+    epochs=40,
     eval_every=2,
-    patience=4,
+    patience=5,
 )
 """The setting tuned on the retailer's validation period (see benchmarks/README.md).
 
-Chosen for recall per second of training on two cores: validation recall@20 0.0855 after
-16 epochs (about 35 s); 8192-pair batches with 1,024-4,096 negatives reach 0.088-0.093 but
-train two to four times longer, and EASE (0.097) still wins on this data either way.
+Every purchase of 1,024 customers per step is scored against all the items those customers
+never bought: validation recall@20 0.095-0.096 after 10-20 epochs of about 0.5 s each. The
+sampled softmax with 256 negatives (the previous default, 128 factors, 3 layers) reached
+0.085 in about 35 s. EASE (0.098) still wins on this data, by about 0.002.
 """
 
 
@@ -467,6 +478,47 @@ def softmax_loss(
     return jnp.mean(loss) + l2 * penalty
 
 
+def full_softmax_loss(
+    final: jax.Array,
+    e0: jax.Array,
+    users: jax.Array,
+    known: jax.Array,
+    n_users: int,
+    l2: float,
+    temperature: float,
+    cosine: bool = True,
+) -> jax.Array:
+    """Softmax of every purchase of a batch of customers against all the items they never bought.
+
+    For customer u with purchases P_u and logits s_uj = sim(u, j) / temperature over all
+    items, the loss of a purchase i is log(exp(s_ui) + sum_{j not in P_u} exp(s_uj)) - s_ui.
+    The masked log-sum-exp is computed once per customer, so scoring every item costs one
+    (b, n_items) product per step.
+
+    Args:
+        final: (n_nodes, d) final embeddings, customers first.
+        e0: (n_nodes, d) layer-0 embeddings.
+        users: (b,) int customer positions.
+        known: (b, n_items) bool, True where the row's customer bought the item.
+        n_users: offset of the items in the node order.
+        l2: penalty weight, on the batch customers' rows and every item row, divided by the
+            number of purchases in the batch.
+        temperature: divides the similarities.
+        cosine: score by cosine similarity; False scores by dot product.
+
+    Returns:
+        Scalar mean over the batch's purchases, plus the penalty.
+    """
+    scored = normalize_rows(final) if cosine else final
+    logits = (scored[users] @ scored[n_users:].T) / temperature
+    negatives = jax.nn.logsumexp(jnp.where(known, -jnp.inf, logits), axis=1, keepdims=True)
+    per_purchase = jnp.logaddexp(logits, negatives) - logits
+    purchases = jnp.maximum(jnp.sum(known), 1)
+    loss = jnp.sum(jnp.where(known, per_purchase, 0.0)) / purchases
+    rows = jnp.concatenate([users, jnp.arange(n_users, e0.shape[0])])
+    return loss + l2 * l2_penalty(e0, rows, purchases)
+
+
 def known_pair_bits(graph: InteractionGraph) -> np.ndarray:
     """Pack the purchase matrix into a bitmap, one bit per (customer, item) cell.
 
@@ -578,6 +630,12 @@ def _batch_loss(
 ) -> jax.Array:
     """The training loss of one batch: sample negatives, propagate, score."""
     final = final_embeddings(pairs.matrix, e0, config.layers, config.gamma, config.normalize_layers)
+    if config.loss == "full_softmax":
+        all_items = jnp.arange(n_items, dtype=jnp.int32)
+        known = is_known(users[:, None], all_items[None, :], pairs.known_bits, n_items)
+        return full_softmax_loss(
+            final, e0, users, known, n_users, config.l2, config.temperature, config.cosine
+        )
     if config.loss == "bpr":
         negatives = sample_negatives(key, users, pairs.known_bits, n_items)
         return bpr_loss(final, e0, users, positives, negatives, n_users, config.l2)
@@ -630,7 +688,14 @@ def _epoch_program(
 
     def epoch(e0, opt_state, key, pairs):
         order_key, step_key = jax.random.split(key)
-        users, positives = sample_positives(order_key, pairs, steps * batch_size, config.sampling)
+        if config.loss == "full_softmax":  # batches of customers; `positives` is unused
+            order = jax.random.permutation(order_key, pairs.sample_users.shape[0])
+            users = pairs.sample_users[jnp.resize(order, (steps * batch_size,))]
+            positives = users
+        else:
+            users, positives = sample_positives(
+                order_key, pairs, steps * batch_size, config.sampling
+            )
         batches = (
             users.reshape(steps, batch_size),
             positives.reshape(steps, batch_size),
@@ -751,8 +816,9 @@ def train_lightgcn(
     n_pairs = int(pairs.users.shape[0])
     if n_pairs == 0:
         raise ValueError("train_lightgcn: every customer bought every item; no negative exists")
-    batch_size = min(config.batch_size, n_pairs)
-    steps = math.ceil(n_pairs / batch_size)
+    per_epoch = int(pairs.sample_users.shape[0]) if config.loss == "full_softmax" else n_pairs
+    batch_size = min(config.batch_size, per_epoch)
+    steps = math.ceil(per_epoch / batch_size)
 
     optimizer, run_epoch, embed = _programs(_numerics(config), n_users, n_items, batch_size, steps)
     e0 = _initial_embeddings(graph, config)
@@ -841,4 +907,5 @@ def train_lightgcn(
 
 def _serving_embeddings(final: jax.Array, config: LightGCNConfig) -> jax.Array:
     """Final embeddings as served: unit rows for the cosine-trained softmax loss."""
-    return normalize_rows(final) if config.loss == "softmax" and config.cosine else final
+    unit = config.loss in ("softmax", "full_softmax") and config.cosine
+    return normalize_rows(final) if unit else final
