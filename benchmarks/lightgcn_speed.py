@@ -11,7 +11,10 @@ Variants, each the same model (3 layers, 64 factors, BPR, Adam):
 4. custom VJP, sparse kernel: `lightgcn.propagate`, both directions through the CSR kernel;
 5. compiled epoch: `train_lightgcn`'s epoch, one `lax.scan` over all batches with negatives
    sampled inside, one dispatch per epoch;
-6. the compiled epoch at larger batches (fewer propagations per epoch).
+6. the compiled epoch at larger batches (fewer propagations per epoch);
+7. the two softmax losses at the retail settings: the sampled softmax of the previous
+   RETAIL_CONFIG (16384 pairs x 256 shared negatives, 128 factors, 3 layers) against the full
+   softmax of the current one (1,024 customers x every item, 256 factors, 2 layers).
 
 It also times the known-pair lookup used for rejection sampling and softmax masking, binary
 search in sorted pair keys against the bitmap, at a softmax batch of 16384 x 256 negatives.
@@ -25,6 +28,7 @@ import argparse
 import math
 import os
 import time
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +38,7 @@ from retail_data import validation_round
 
 from retail_pipeline.core import lightgcn
 from retail_pipeline.core.graph import normalized_adjacency
-from retail_pipeline.core.lightgcn import LightGCNConfig, train_lightgcn
+from retail_pipeline.core.lightgcn import RETAIL_CONFIG, LightGCNConfig, train_lightgcn
 
 
 def _median_ms(function, *args, repeats: int) -> float:
@@ -139,7 +143,8 @@ def _epoch_seconds(graph, config: LightGCNConfig) -> tuple[float, int]:
     """Median seconds of a compiled epoch (after the compiling first one), and its steps."""
     model = train_lightgcn(graph, config)
     seconds = [record["seconds"] for record in model.history[1:]]
-    steps = math.ceil(graph.n_edges / min(config.batch_size, graph.n_edges))
+    per_epoch = graph.n_users if config.loss == "full_softmax" else graph.n_edges
+    steps = math.ceil(per_epoch / min(config.batch_size, per_epoch))
     return float(np.median(seconds)), steps
 
 
@@ -182,6 +187,29 @@ def main() -> None:
         seconds, steps = _epoch_seconds(graph, LightGCNConfig(batch_size=batch_size, epochs=4))
         print(
             f"| compiled epoch (lax.scan, {steps} steps) | {batch_size} | "
+            f"{1e3 * seconds / steps:.0f} | {seconds:.2f} |"
+        )
+
+    previous_retail = replace(
+        RETAIL_CONFIG,
+        factors=128,
+        layers=3,
+        batch_size=16384,
+        loss="softmax",
+        num_negatives=256,
+        l2=1e-4,
+        epochs=4,
+    )
+    for name, config in (
+        ("sampled softmax, 256 negatives, 128 x 3 layers", previous_retail),
+        (
+            "full softmax, every item, 256 x 2 layers (RETAIL_CONFIG)",
+            replace(RETAIL_CONFIG, epochs=4),
+        ),
+    ):
+        seconds, steps = _epoch_seconds(graph, config)
+        print(
+            f"| {name}, compiled epoch ({steps} steps) | {config.batch_size} | "
             f"{1e3 * seconds / steps:.0f} | {seconds:.2f} |"
         )
 
