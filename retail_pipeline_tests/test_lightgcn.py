@@ -136,9 +136,12 @@ def test_sampled_negatives_are_never_purchases_of_their_customer():
     assert len(set(negatives[400:800].tolist())) == 10  # every item but c1's two
 
 
-def test_same_seed_gives_identical_embeddings_and_another_seed_different_ones():
+@pytest.mark.parametrize("loss", ["bpr", "full_softmax"])
+def test_same_seed_gives_identical_embeddings_and_another_seed_different_ones(loss):
     graph = _planted_graph()
-    config = LightGCNConfig(factors=8, layers=2, epochs=3, batch_size=16, learning_rate=0.01)
+    config = LightGCNConfig(
+        factors=8, layers=2, epochs=3, batch_size=16, learning_rate=0.01, loss=loss
+    )
     first = train_lightgcn(graph, config)
     second = train_lightgcn(graph, config)
     other = train_lightgcn(graph, dataclasses.replace(config, seed=7))
