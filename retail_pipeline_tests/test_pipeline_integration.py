@@ -16,9 +16,7 @@ pytestmark = pytest.mark.integration
 FAST_RUN_CONFIG = {
     "ops": {
         # Few epochs keep the test in minutes; early stopping still chooses among them.
-        "model_evaluation": {
-            "config": {"lightgcn": {"epochs": 4, "batch_size": 16384, "learning_rate": 0.02}}
-        },
+        "model_evaluation": {"config": {"lightgcn": {"epochs": 4}}},
     }
 }
 
@@ -153,5 +151,17 @@ def test_training_run_and_registered_champion_in_mlflow(materialised):
     training = next(r for r in runs if r.data.tags.get("run_kind") == "training")
     assert training.data.tags["data_fingerprint"]
     assert training.data.tags["dagster_run_id"]
+    # The compared metric is the chosen epoch's, not the last epoch's of the curve.
+    comparison = materialised[0].output_for_node("model_evaluation")
+    evaluation = next(
+        r
+        for r in runs
+        if r.data.tags.get("run_kind") == "evaluation" and r.data.tags["model"] == "lightgcn"
+    )
+    assert evaluation.data.metrics["validation_recall_at_20"] == pytest.approx(
+        comparison.results["lightgcn"].validation["recall@20"]
+    )
+    curve = client.get_metric_history(evaluation.info.run_id, "epoch_validation_recall_at_20")
+    assert [m.step for m in curve] == [2, 4]
     champion = client.get_model_version_by_alias("integration_model", "champion")
     assert str(champion.version) == "1"

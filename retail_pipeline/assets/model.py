@@ -132,9 +132,11 @@ def model_evaluation(
     )
 
     def log_epoch(record: dict) -> None:
+        # Curves get their own "epoch_" names: MLflow's run table shows a key's value at the
+        # highest step, which would hide the chosen epoch's validation score behind the last's.
         epoch = int(record["epoch"])
         metrics = {
-            (k if k in ("loss", "seconds") else _metric_name("validation", k)): float(v)
+            (k if k in ("loss", "seconds") else "epoch_" + _metric_name("validation", k)): float(v)
             for k, v in record.items()
             if k != "epoch" and isinstance(v, int | float)
         }
