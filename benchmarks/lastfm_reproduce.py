@@ -17,11 +17,13 @@ import argparse
 import json
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
-from retail_pipeline.core.benchmark_splits import reproduce
-from retail_pipeline.core.lightgcn import LightGCNConfig
+from retail_pipeline.core.benchmark_splits import (
+    PUBLISHED_LIGHTGCN_PP,
+    PUBLISHED_PROTOCOL,
+    reproduce,
+)
 
 LASTFM = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "lastfm"
 
@@ -42,23 +44,7 @@ PUBLISHED = {
     },
 }
 
-PROTOCOL = LightGCNConfig(
-    factors=64,
-    layers=2,
-    learning_rate=1e-3,
-    l2=1e-4,
-    batch_size=2048,
-    epochs=1000,
-    init_std=0.1,
-    sampling="user",
-    eval_every=5,
-    patience=10,
-)
-
-CONFIGS = {
-    "lightgcn": PROTOCOL,
-    "lightgcn++": replace(PROTOCOL, alpha=0.6, beta=-0.1, gamma=0.2, normalize_layers=True),
-}
+CONFIGS = {"lightgcn": PUBLISHED_PROTOCOL, "lightgcn++": PUBLISHED_LIGHTGCN_PP}
 
 
 def main() -> None:

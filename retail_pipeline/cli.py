@@ -31,9 +31,9 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
-    from retail_pipeline.core.benchmark_splits import reproduce
+    from retail_pipeline.core.benchmark_splits import PUBLISHED_PROTOCOL, reproduce
     from retail_pipeline.core.lightgcn import LightGCNConfig
 
     known = {f.name: f.type for f in fields(LightGCNConfig)}
@@ -43,7 +43,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         if key not in known:
             raise SystemExit(f"unknown LightGCN setting {key!r}; known: {sorted(known)}")
         overrides[key] = json.loads(value) if value not in ("", "None") else None
-    config = LightGCNConfig(**{**PUBLISHED_PROTOCOL, **overrides})
+    config = replace(PUBLISHED_PROTOCOL, **overrides)
     logger.info("reproducing on %s with %s", args.directory, config)
     metrics = reproduce(Path(args.directory), config, max_epochs=args.max_epochs)
     sys.stdout.write(json.dumps(metrics, sort_keys=True) + "\n")
@@ -103,16 +103,6 @@ def _backtest(args: argparse.Namespace) -> int:
         + "\n"
     )
     return 0
-
-
-# The protocol of Lee, Kim and Shin (RecSys 2024) on their LastFM split.
-PUBLISHED_PROTOCOL = {
-    "factors": 64,
-    "layers": 2,
-    "batch_size": 2048,
-    "learning_rate": 1e-3,
-    "l2": 1e-4,
-}
 
 
 def _positive_int(text: str) -> int:

@@ -94,3 +94,26 @@ def test_reproduce_trains_selects_on_validation_and_reports_test_metrics(tmp_pat
     assert results["recall@5"] > 0.8
     assert results["masked_valid_recall@5"] > 0.8
     assert results["masked_valid_ndcg@5"] >= results["ndcg@5"] - 1e-9
+
+
+def test_the_reproduce_command_trains_the_published_protocol(tmp_path, monkeypatch, capsys):
+    import json
+
+    from retail_pipeline import cli
+    from retail_pipeline.core import benchmark_splits
+
+    seen = {}
+
+    def fake_reproduce(directory, config, max_epochs=None):
+        seen.update(directory=directory, config=config, max_epochs=max_epochs)
+        return {"ndcg@20": 0.5}
+
+    monkeypatch.setattr(benchmark_splits, "reproduce", fake_reproduce)
+    assert cli.main(["reproduce", str(tmp_path), "--set", "gamma=0.2"]) == 0
+    config = seen["config"]
+    # Early stopping on validation, not a fixed 30 epochs: the published run ends near 350.
+    assert (config.epochs, config.eval_every, config.patience) == (1000, 5, 10)
+    assert (config.factors, config.layers, config.batch_size) == (64, 2, 2048)
+    assert (config.learning_rate, config.l2, config.sampling) == (1e-3, 1e-4, "user")
+    assert config.gamma == 0.2 and seen["max_epochs"] is None
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"ndcg@20": 0.5}

@@ -33,6 +33,28 @@ logger = logging.getLogger(__name__)
 SPLIT_FILES = ("train.txt", "valid.txt", "test.txt")
 SELECTION_METRIC = "ndcg@20"
 
+PUBLISHED_PROTOCOL = LightGCNConfig(
+    factors=64,
+    layers=2,
+    learning_rate=1e-3,
+    l2=1e-4,
+    batch_size=2048,
+    epochs=1000,
+    init_std=0.1,
+    sampling="user",
+    eval_every=5,
+    patience=10,
+)
+"""LightGCN as Lee, Kim and Shin (RecSys 2024) run it on their LastFM split: 64 factors,
+K = 2, batch 2048, lr 1e-3, L2 1e-4, normal init 0.1, the reference sampler (uniform users,
+then one of their items), validation NDCG@20 every 5 epochs with a patience of 10
+evaluations. `epochs` is only the cap; early stopping ends LastFM near epoch 350."""
+
+PUBLISHED_LIGHTGCN_PP = replace(
+    PUBLISHED_PROTOCOL, alpha=0.6, beta=-0.1, gamma=0.2, normalize_layers=True
+)
+"""LightGCN++ on LastFM as the authors' run.sh sets it."""
+
 
 @dataclass(frozen=True)
 class BenchmarkSplit:
