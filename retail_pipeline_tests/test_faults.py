@@ -555,3 +555,21 @@ def test_customer_not_in_the_model_gets_the_popularity_shelf_flagged(
     shelf = tables["homepage_recommendations"]
     expected = shelf[shelf["customer_id"] == known_id].sort_values("rank")["item_id"].head(5)
     assert [re.split(r"\s+", line.strip())[1] for line in lines[1:]] == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"los": "bpr"}, "unknown LightGCN settings"),
+        ({"batch_size": 1.5}, "batch_size=1.5 must be int"),
+        ({"loss": "hinge"}, "loss='hinge' must be"),
+        ({"temperature": 0}, "temperature=0 must be > 0"),
+    ],
+)
+def test_bad_launchpad_lightgcn_settings_fail_before_training_with_the_field_named(settings, named):
+    import dagster as dg
+
+    from retail_pipeline.assets.model import EvaluationConfig
+
+    with pytest.raises(dg.Failure, match=re.escape(named)):
+        EvaluationConfig(lightgcn=settings).lightgcn_config()

@@ -253,3 +253,14 @@ def test_invalid_settings_are_refused_with_the_field_named():
         LightGCNConfig(loss="hinge")
     with pytest.raises(ValueError, match="batch_size"):
         LightGCNConfig(batch_size=0)
+    with pytest.raises(ValueError, match="temperature=0 must be > 0"):
+        LightGCNConfig(temperature=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 1.5), ("batch_size", "1024"), ("temperature", "0.1"), ("cosine", 1)],
+)
+def test_settings_of_the_wrong_type_are_refused_before_training(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r} must be"):
+        LightGCNConfig(**{field: value})

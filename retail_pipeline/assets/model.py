@@ -89,7 +89,10 @@ class EvaluationConfig(dg.Config):
             raise dg.Failure(
                 f"unknown LightGCN settings {sorted(unknown)}; known: {sorted(_LIGHTGCN_FIELDS)}"
             )
-        return dataclasses.replace(RETAIL_CONFIG, **self.lightgcn)
+        try:
+            return dataclasses.replace(RETAIL_CONFIG, **self.lightgcn)
+        except ValueError as error:  # a wrong type or range, named by LightGCNConfig
+            raise dg.Failure(f"model_evaluation config lightgcn: {error}") from error
 
 
 @dg.asset(

@@ -24,9 +24,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, NamedTuple
 
 import jax
@@ -141,16 +142,20 @@ class LightGCNConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings the trainer cannot run, naming the field."""
+        wrong_types = _wrong_types(self)
+        if wrong_types:  # the range checks below would compare strings or floats
+            raise ValueError("invalid LightGCNConfig: " + "; ".join(wrong_types))
         problems = []
         for name in ("factors", "batch_size", "epochs", "num_negatives", "eval_every"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.layers < 0:
             problems.append(f"layers={self.layers} must be >= 0")
         if self.patience < 1:
             problems.append(f"patience={self.patience} must be >= 1")
-        if self.learning_rate <= 0 or self.init_std <= 0 or self.temperature <= 0:
-            problems.append("learning_rate, init_std and temperature must be > 0")
+        for name in ("learning_rate", "init_std", "temperature"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}={getattr(self, name)} must be > 0")
         if self.l2 < 0:
             problems.append(f"l2={self.l2} must be >= 0")
         if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
@@ -165,6 +170,26 @@ class LightGCNConfig:
             problems.append(f"schedule_epochs={self.schedule_epochs} must be >= 1 or None")
         if problems:
             raise ValueError("invalid LightGCNConfig: " + "; ".join(problems))
+
+
+def _wrong_types(config: LightGCNConfig) -> list[str]:
+    """One message per field whose value is not of the field's kind (int, float, bool, str)."""
+    problems = []
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        kind = str(spec.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith(("int", "float")):
+            allowed = numbers.Integral if kind.startswith("int") else numbers.Real
+            ok = isinstance(value, allowed) and not isinstance(value, bool | np.bool_)
+        elif kind == "bool":
+            ok = isinstance(value, bool | np.bool_)
+        else:  # the Literal string choices are checked by value in __post_init__
+            ok = True
+        if not ok:
+            problems.append(f"{spec.name}={value!r} must be {kind.replace(' | None', ' or None')}")
+    return problems
 
 
 RETAIL_CONFIG = LightGCNConfig(
@@ -885,12 +910,13 @@ def train_lightgcn(
         )
     seconds = time.perf_counter() - started
     logger.info(
-        "lightgcn: %d epochs (best %d%s) of %d steps x %d pairs in %.1f s",
+        "lightgcn: %d epochs (best %d%s) of %d steps x %d %s in %.1f s",
         len(history),
         best_epoch,
         f", {selection_metric}={best_score:.4f}" if validate is not None else "",
         steps,
         batch_size,
+        "customers" if config.loss == "full_softmax" else "pairs",
         seconds,
     )
     return LightGCNModel(
