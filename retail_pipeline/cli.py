@@ -39,15 +39,27 @@ def _reproduce(args: argparse.Namespace) -> int:
     known = {f.name: f.type for f in fields(LightGCNConfig)}
     overrides = {}
     for item in args.set or []:
-        key, _, value = item.partition("=")
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set gamma=0.2")
         if key not in known:
-            raise SystemExit(f"unknown LightGCN setting {key!r}; known: {sorted(known)}")
-        overrides[key] = json.loads(value) if value not in ("", "None") else None
+            raise ValueError(f"unknown LightGCN setting {key!r}; known: {sorted(known)}")
+        overrides[key] = _setting_value(value)
     config = replace(PUBLISHED_PROTOCOL, **overrides)
     logger.info("reproducing on %s with %s", args.directory, config)
     metrics = reproduce(Path(args.directory), config, max_epochs=args.max_epochs)
     sys.stdout.write(json.dumps(metrics, sort_keys=True) + "\n")
     return 0
+
+
+def _setting_value(text: str):
+    """A --set value: JSON (0.2, true, null, "bpr"), else the text itself (bpr)."""
+    if text in ("", "None"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word such as full_softmax; LightGCNConfig checks its type
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -147,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="FIELD=VALUE",
-        help="override a LightGCNConfig field (JSON value), e.g. --set gamma=0.2",
+        help="override a LightGCNConfig field (a JSON value or a bare word), e.g. --set "
+        "gamma=0.2 --set loss=full_softmax",
     )
     repro.set_defaults(handler=_reproduce)
     return parser

@@ -117,3 +117,25 @@ def test_the_reproduce_command_trains_the_published_protocol(tmp_path, monkeypat
     assert (config.learning_rate, config.l2, config.sampling) == (1e-3, 1e-4, "user")
     assert config.gamma == 0.2 and seen["max_epochs"] is None
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"ndcg@20": 0.5}
+
+
+def test_reproduce_settings_take_bare_words_and_refuse_bad_ones(tmp_path, monkeypatch, capsys):
+    from retail_pipeline import cli
+    from retail_pipeline.core import benchmark_splits
+
+    seen = {}
+    monkeypatch.setattr(
+        benchmark_splits,
+        "reproduce",
+        lambda directory, config, max_epochs=None: seen.update(config=config) or {},
+    )
+    assert cli.main(["reproduce", str(tmp_path), "--set", "loss=full_softmax"]) == 0
+    assert seen["config"].loss == "full_softmax"
+    for bad in (["--set", "loss"], ["--set", "los=bpr"], ["--set", "batch_size=1.5"]):
+        assert cli.main(["reproduce", str(tmp_path), *bad]) == 2
+
+
+def test_a_split_with_fewer_items_than_the_cut_offs_is_refused(tmp_path):
+    folder = _write_split(tmp_path, "0 1 2 3\n1 4 5\n", "0 5\n", "1 2\n")
+    with pytest.raises(RetailInputError, match="6 items.*at least 40 items"):
+        reproduce(folder, LightGCNConfig(factors=4, epochs=1))

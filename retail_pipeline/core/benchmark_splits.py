@@ -200,6 +200,13 @@ def reproduce(
     """
     started = time.perf_counter()
     split = load_benchmark_split(directory)
+    needed = max((*ks, 20))  # validation selects on NDCG@20
+    if split.n_items < needed:
+        raise RetailInputError(
+            f"{directory}: {split.n_items} items; the metrics rank the top "
+            f"{', '.join(map(str, sorted({*ks, 20})))} items, so the split needs at least "
+            f"{needed} items"
+        )
     if max_epochs is not None:
         config = replace(config, epochs=max_epochs)
 
