@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from retail_data import validation_round
+from retail_data import PREVIOUS_RETAIL_CONFIG, validation_round
 
 from retail_pipeline.core import lightgcn
 from retail_pipeline.core.graph import normalized_adjacency
@@ -190,18 +190,11 @@ def main() -> None:
             f"{1e3 * seconds / steps:.0f} | {seconds:.2f} |"
         )
 
-    previous_retail = replace(
-        RETAIL_CONFIG,
-        factors=128,
-        layers=3,
-        batch_size=16384,
-        loss="softmax",
-        num_negatives=256,
-        l2=1e-4,
-        epochs=4,
-    )
     for name, config in (
-        ("sampled softmax, 256 negatives, 128 x 3 layers", previous_retail),
+        (
+            "sampled softmax, 256 negatives, 128 x 3 layers",
+            replace(PREVIOUS_RETAIL_CONFIG, epochs=4),
+        ),
         (
             "full softmax, every item, 256 x 2 layers (RETAIL_CONFIG)",
             replace(RETAIL_CONFIG, epochs=4),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,22 @@ import scipy.sparse as sp
 
 from retail_pipeline.core.evaluation import evaluate_scorer, temporal_split
 from retail_pipeline.core.graph import InteractionGraph, build_interaction_graph
+from retail_pipeline.core.lightgcn import RETAIL_CONFIG
 from retail_pipeline.core.ranking import ScoreFn, dot_scorer
 
 logger = logging.getLogger(__name__)
+
+PREVIOUS_RETAIL_CONFIG = replace(
+    RETAIL_CONFIG,
+    loss="softmax",
+    num_negatives=256,
+    factors=128,
+    layers=3,
+    batch_size=16384,
+    l2=1e-4,
+    epochs=24,
+)
+"""The default before the full softmax: sampled softmax, 256 shared negatives, 128 x 3 layers."""
 
 WORKBOOK = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail_II.xlsx"
 CACHE = Path("/tmp/retail_pipeline_benchmarks/pairs.parquet")

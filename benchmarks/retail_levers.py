@@ -16,9 +16,9 @@ import argparse
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
-from retail_data import validation_round
+from retail_data import PREVIOUS_RETAIL_CONFIG, validation_round
 
 from retail_pipeline.core.baselines import EASE, ItemKNN, Popularity
 from retail_pipeline.core.lightgcn import RETAIL_CONFIG, train_lightgcn
@@ -38,13 +38,9 @@ SETTINGS: dict[str, dict] = {
     "LightGCN++ gamma 0.2": {"gamma": 0.2},
     "LightGCN++ unit-norm layers": {"normalize_layers": True},
     "previous RETAIL_CONFIG (sampled softmax, 256 negatives, 128 x 3 layers)": {
-        "loss": "softmax",
-        "num_negatives": 256,
-        "factors": 128,
-        "layers": 3,
-        "batch_size": 16384,
-        "l2": 1e-4,
-        "epochs": 24,
+        spec.name: getattr(PREVIOUS_RETAIL_CONFIG, spec.name)
+        for spec in fields(PREVIOUS_RETAIL_CONFIG)
+        if getattr(PREVIOUS_RETAIL_CONFIG, spec.name) != getattr(RETAIL_CONFIG, spec.name)
     },
     "BPR, 256 x 2 layers, batch 16384, lr 0.01": {
         "loss": "bpr",
